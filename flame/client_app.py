@@ -59,10 +59,16 @@ def load_node_data(
     features = feats.compute_features(frame)
     labels = feats.labels_of(frame)
     train_idx, val_idx = split_train_validation(labels, validation_fraction, seed)
-    logger.info("%s: %d training and %d validation rows", region, train_idx.size,
-                val_idx.size)
-    return NodeData(region, features[train_idx], labels[train_idx],
-                    features[val_idx], labels[val_idx])
+    logger.info(
+        "%s: %d training and %d validation rows", region, train_idx.size, val_idx.size
+    )
+    return NodeData(
+        region,
+        features[train_idx],
+        labels[train_idx],
+        features[val_idx],
+        labels[val_idx],
+    )
 
 
 def locate_partition(context: Context, config: RunConfig) -> tuple[str, Path]:
@@ -87,7 +93,7 @@ def locate_partition(context: Context, config: RunConfig) -> tuple[str, Path]:
         )
     raise ConfigError(
         "this SuperNode has neither node config 'data-path' nor 'partition-id': "
-        "start it with --node-config 'region=\"US\" data-path=\"/data/US\"'"
+        'start it with --node-config \'region="US" data-path="/data/US"\''
     )
 
 
@@ -95,22 +101,33 @@ def node_setup(context: Context) -> tuple[RunConfig, NodeData]:
     config = RunConfig.from_mapping(context.run_config)
     torch.set_num_threads(config.threads)
     region, folder = locate_partition(context, config)
-    data = load_node_data(folder, region, config.max_rows_per_node, config.seed,
-                          config.validation_fraction)
+    data = load_node_data(
+        folder,
+        region,
+        config.max_rows_per_node,
+        config.seed,
+        config.validation_fraction,
+    )
     return config, data
 
 
 def model_from(message: Message, config: RunConfig) -> FraudMLP:
-    model = build_model(feats.NUM_FEATURES, config.hidden_sizes, config.dropout,
-                        config.seed)
+    model = build_model(
+        feats.NUM_FEATURES, config.hidden_sizes, config.dropout, config.seed
+    )
     model.load_state_dict(message.content.array_records["arrays"].to_torch_state_dict())
     return model
 
 
-def reply(message: Message, region: str, metrics: MetricRecord,
-          arrays: ArrayRecord | None = None) -> Message:
-    content = RecordDict({METRICS_RECORD: metrics,
-                          NODE_RECORD: ConfigRecord({"region": region})})
+def reply(
+    message: Message,
+    region: str,
+    metrics: MetricRecord,
+    arrays: ArrayRecord | None = None,
+) -> Message:
+    content = RecordDict(
+        {METRICS_RECORD: metrics, NODE_RECORD: ConfigRecord({"region": region})}
+    )
     if arrays is not None:
         content["arrays"] = arrays
     return Message(content=content, reply_to=message)
@@ -121,13 +138,15 @@ def share_moments(message: Message, context: Context) -> Message:
     """Feature statistics round: sufficient statistics of the training rows."""
     _, data = node_setup(context)
     moments = feats.FeatureMoments.of(data.train_x, data.train_y)
-    metrics = MetricRecord({
-        "count": moments.count,
-        "positives": moments.positives,
-        "sums": [float(v) for v in moments.sums],
-        "sums-sq": [float(v) for v in moments.sums_sq],
-        "num-examples": moments.count,
-    })
+    metrics = MetricRecord(
+        {
+            "count": moments.count,
+            "positives": moments.positives,
+            "sums": [float(v) for v in moments.sums],
+            "sums-sq": [float(v) for v in moments.sums_sq],
+            "num-examples": moments.count,
+        }
+    )
     return reply(message, data.region, metrics)
 
 
@@ -173,19 +192,22 @@ def evaluate_global(message: Message, context: Context) -> Message:
         else DEFAULT_THRESHOLD
     )
 
-    result = evaluate(model, torch.from_numpy(stats.standardize(data.val_x)),
-                      data.val_y, threshold)
+    result = evaluate(
+        model, torch.from_numpy(stats.standardize(data.val_x)), data.val_y, threshold
+    )
 
-    metrics = MetricRecord({
-        "loss": result.loss,
-        "tp": result.counts.tp,
-        "fp": result.counts.fp,
-        "fn": result.counts.fn,
-        "tn": result.counts.tn,
-        "roc-auc": result.roc_auc,
-        "pr-auc": result.pr_auc,
-        "pos-hist": [int(v) for v in result.positive_histogram],
-        "neg-hist": [int(v) for v in result.negative_histogram],
-        "num-examples": result.num_examples,
-    })
+    metrics = MetricRecord(
+        {
+            "loss": result.loss,
+            "tp": result.counts.tp,
+            "fp": result.counts.fp,
+            "fn": result.counts.fn,
+            "tn": result.counts.tn,
+            "roc-auc": result.roc_auc,
+            "pr-auc": result.pr_auc,
+            "pos-hist": [int(v) for v in result.positive_histogram],
+            "neg-hist": [int(v) for v in result.negative_histogram],
+            "num-examples": result.num_examples,
+        }
+    )
     return reply(message, data.region, metrics)

@@ -134,9 +134,7 @@ class _Reader:
         too_low = value <= low if open_low else value < low
         if too_low or (high is not None and value > high):
             bounds = f"{'(' if open_low else '['}{low}, {high if high else 'inf'}]"
-            raise ConfigError(
-                f"run config {key!r} must lie in {bounds}, got {value!r}"
-            )
+            raise ConfigError(f"run config {key!r} must lie in {bounds}, got {value!r}")
         return float(value)
 
     def fraction(self, key: str) -> float:
@@ -151,7 +149,7 @@ class _Reader:
         if not sizes or any(size < 1 for size in sizes):
             raise ConfigError(
                 f"run config {key!r} must be comma-separated positive integers "
-                f"such as \"64,32\", got {value!r}"
+                f'such as "64,32", got {value!r}'
             )
         return sizes
 

@@ -62,8 +62,9 @@ def read_partition(folder: Path, *, max_rows: int = 0, seed: int = 0) -> pd.Data
     """
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
-        raise DataError(f"no Parquet files in partition folder {folder}: "
-                        f"{PARTITION_HINT}")
+        raise DataError(
+            f"no Parquet files in partition folder {folder}: {PARTITION_HINT}"
+        )
     frame = pd.concat(
         [pq.read_table(path).to_pandas() for path in files], ignore_index=True
     )
@@ -76,11 +77,15 @@ def read_partition(folder: Path, *, max_rows: int = 0, seed: int = 0) -> pd.Data
     if 0 < max_rows < len(frame):
         logger.warning(
             "sampling %d of %d rows of %s (max-rows-per-node): results differ "
-            "from a run on all rows", max_rows, len(frame), folder,
+            "from a run on all rows",
+            max_rows,
+            len(frame),
+            folder,
         )
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(len(frame), size=max_rows, replace=False))
         frame = frame.iloc[keep].reset_index(drop=True)
-    logger.info("read %d rows (%d frauds) from %s", len(frame),
-                int(frame[LABEL].sum()), folder)
+    logger.info(
+        "read %d rows (%d frauds) from %s", len(frame), int(frame[LABEL].sum()), folder
+    )
     return frame

@@ -37,7 +37,6 @@ NUM_FEATURES = len(FEATURE_NAMES)
 HOURS_PER_DAY = 24
 
 
-
 def signed_log(values: np.ndarray) -> np.ndarray:
     """log1p of the magnitude with the sign kept: tames balances spanning 1e0-1e8."""
     return np.sign(values) * np.log1p(np.abs(values))

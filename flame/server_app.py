@@ -61,35 +61,50 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float) -> list[int]:
 def agree_on_feature_stats(grid: Grid, node_ids: list[int]) -> feats.FeatureStats:
     """Round zero: sum every node's feature moments into shared scaling stats."""
     messages = [
-        Message(content=RecordDict({"config": ConfigRecord({"phase": "moments"})}),
-                message_type=MessageType.QUERY, dst_node_id=node_id)
+        Message(
+            content=RecordDict({"config": ConfigRecord({"phase": "moments"})}),
+            message_type=MessageType.QUERY,
+            dst_node_id=node_id,
+        )
         for node_id in node_ids
     ]
     replies = list(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_SECONDS))
     parts: list[feats.FeatureMoments] = []
     for msg in replies:
         if msg.has_error():
-            logger.warning("node %d sent no feature statistics (%s); it is left "
-                           "out of the scaling", msg.metadata.src_node_id,
-                           msg.error.reason)
+            logger.warning(
+                "node %d sent no feature statistics (%s); it is left "
+                "out of the scaling",
+                msg.metadata.src_node_id,
+                msg.error.reason,
+            )
             continue
         metrics = metrics_of(msg.content)
-        parts.append(feats.FeatureMoments(
-            count=int(scalar(metrics, "count")),
-            positives=int(scalar(metrics, "positives")),
-            sums=np.asarray(number_list(metrics, "sums")),
-            sums_sq=np.asarray(number_list(metrics, "sums-sq")),
-        ))
-        logger.info("feature statistics from %s: %d training rows, %d frauds",
-                    region_of(msg.content), parts[-1].count, parts[-1].positives)
+        parts.append(
+            feats.FeatureMoments(
+                count=int(scalar(metrics, "count")),
+                positives=int(scalar(metrics, "positives")),
+                sums=np.asarray(number_list(metrics, "sums")),
+                sums_sq=np.asarray(number_list(metrics, "sums-sq")),
+            )
+        )
+        logger.info(
+            "feature statistics from %s: %d training rows, %d frauds",
+            region_of(msg.content),
+            parts[-1].count,
+            parts[-1].positives,
+        )
     if not parts:
         raise FederationError(
             "no node replied to the feature-statistics round; check the SuperNode "
             "logs (is each node's data-path readable?)"
         )
     stats = feats.FeatureStats.from_moments(feats.FeatureMoments.combine(parts))
-    logger.info("agreed scaling over %d nodes; positive-class weight %.1f",
-                len(parts), stats.pos_weight)
+    logger.info(
+        "agreed scaling over %d nodes; positive-class weight %.1f",
+        len(parts),
+        stats.pos_weight,
+    )
     return stats
 
 
@@ -104,12 +119,20 @@ class TestSetEvaluator:
     recorder: RunRecorder
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model = build_model(feats.NUM_FEATURES, self.config.hidden_sizes,
-                            self.config.dropout, self.config.seed)
+        model = build_model(
+            feats.NUM_FEATURES,
+            self.config.hidden_sizes,
+            self.config.dropout,
+            self.config.seed,
+        )
         model.load_state_dict(arrays.to_torch_state_dict())
         result = evaluate(model, self.features, self.labels, self.strategy.threshold)
-        values = {**result.counts.ratios(), "loss": result.loss,
-                  "roc_auc": result.roc_auc, "pr_auc": result.pr_auc}
+        values = {
+            **result.counts.ratios(),
+            "loss": result.loss,
+            "roc_auc": result.roc_auc,
+            "pr_auc": result.pr_auc,
+        }
         self.recorder.record("server_eval", server_round, SERVER_REGION, values)
         return MetricRecord({**values, "threshold": self.strategy.threshold})
 
@@ -124,7 +147,10 @@ def main(grid: Grid, context: Context) -> None:
     test = read_partition(data_dir / TEST_PARTITION)
     run_base = Path(config.run_dir).expanduser().absolute()
     recorder = RunRecorder.create(
-        run_base, config.run_name, config.as_dict(), manifest,
+        run_base,
+        config.run_name,
+        config.as_dict(),
+        manifest,
         mlflow_uri=config.mlflow_tracking_uri,
         mlflow_experiment=config.mlflow_experiment,
     )
@@ -136,8 +162,9 @@ def main(grid: Grid, context: Context) -> None:
         recorder.close(succeeded=succeeded)
 
 
-def run_federation(grid: Grid, config: RunConfig, test: pd.DataFrame,
-                   recorder: RunRecorder) -> None:
+def run_federation(
+    grid: Grid, config: RunConfig, test: pd.DataFrame, recorder: RunRecorder
+) -> None:
     # Agree on scaling without moving rows.
     node_ids = wait_for_nodes(grid, config.min_nodes, NODE_WAIT_SECONDS)
     stats = agree_on_feature_stats(grid, node_ids)
@@ -154,10 +181,13 @@ def run_federation(grid: Grid, config: RunConfig, test: pd.DataFrame,
     evaluator = TestSetEvaluator(
         features=torch.from_numpy(stats.standardize(feats.compute_features(test))),
         labels=feats.labels_of(test),
-        config=config, strategy=strategy, recorder=recorder,
+        config=config,
+        strategy=strategy,
+        recorder=recorder,
     )
-    model = build_model(feats.NUM_FEATURES, config.hidden_sizes, config.dropout,
-                        config.seed)
+    model = build_model(
+        feats.NUM_FEATURES, config.hidden_sizes, config.dropout, config.seed
+    )
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
@@ -171,15 +201,17 @@ def run_federation(grid: Grid, config: RunConfig, test: pd.DataFrame,
     # Outputs: the model travels with its scaling and threshold.
     if not result.arrays:
         raise FederationError("the run produced no global model: every node failed")
-    path = recorder.save_model({
-        "state_dict": result.arrays.to_torch_state_dict(),
-        "feature_names": list(feats.FEATURE_NAMES),
-        "feature_mean": stats.mean.tolist(),
-        "feature_std": stats.std.tolist(),
-        "pos_weight": stats.pos_weight,
-        "threshold": strategy.threshold,
-        "hidden_sizes": list(config.hidden_sizes),
-        "dropout": config.dropout,
-    })
+    path = recorder.save_model(
+        {
+            "state_dict": result.arrays.to_torch_state_dict(),
+            "feature_names": list(feats.FEATURE_NAMES),
+            "feature_mean": stats.mean.tolist(),
+            "feature_std": stats.std.tolist(),
+            "pos_weight": stats.pos_weight,
+            "threshold": strategy.threshold,
+            "hidden_sizes": list(config.hidden_sizes),
+            "dropout": config.dropout,
+        }
+    )
     logger.info("server-side test metrics per round:\n%s", recorder.summary_table())
     logger.info("model saved to %s", path)

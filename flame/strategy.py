@@ -102,8 +102,9 @@ class FlameFedAvg(FedAvg):
         for content in valid:
             metrics = metrics_of(content)
             loss = scalar(metrics, "train-loss")
-            self.recorder.record("client_train", server_round, region_of(content),
-                                 {"loss": loss})
+            self.recorder.record(
+                "client_train", server_round, region_of(content), {"loss": loss}
+            )
         return super().aggregate_train(server_round, replies)
 
     def aggregate_evaluate(
@@ -112,8 +113,12 @@ class FlameFedAvg(FedAvg):
         replies = list(replies)
         valid = self._require_replies(server_round, replies, "evaluation")
         for content in valid:
-            self.recorder.record("client_eval", server_round, region_of(content),
-                                 node_eval_values(metrics_of(content)))
+            self.recorder.record(
+                "client_eval",
+                server_round,
+                region_of(content),
+                node_eval_values(metrics_of(content)),
+            )
         pooled = super().aggregate_evaluate(server_round, replies)
         if pooled is not None:
             self.threshold = best_f1_threshold(
@@ -123,9 +128,13 @@ class FlameFedAvg(FedAvg):
             # The histograms served the threshold; they would flood the logs.
             del pooled["pos-hist"], pooled["neg-hist"]
             pooled["threshold"] = self.threshold
-            logger.info("round %d: decision threshold %.3f (best F1 on the pooled "
-                        "validation rows of %d nodes)", server_round, self.threshold,
-                        len(valid))
+            logger.info(
+                "round %d: decision threshold %.3f (best F1 on the pooled "
+                "validation rows of %d nodes)",
+                server_round,
+                self.threshold,
+                len(valid),
+            )
         return pooled
 
     def _require_replies(
@@ -137,7 +146,10 @@ class FlameFedAvg(FedAvg):
             logger.warning(
                 "round %d: node %d failed in %s and is left out of this round "
                 "(%s); results now rest on fewer regions",
-                server_round, msg.metadata.src_node_id, phase, msg.error.reason,
+                server_round,
+                msg.metadata.src_node_id,
+                phase,
+                msg.error.reason,
             )
         valid = [msg.content for msg in replies if not msg.has_error()]
         if not valid:

@@ -135,12 +135,15 @@ class RunRecorder:
             )
         run_dir.mkdir(parents=True)
         document = {"config": dict(config), "manifest": dict(manifest)}
-        write_atomic(run_dir / "config.json",
-                     json.dumps(document, indent=2, sort_keys=True).encode())
+        write_atomic(
+            run_dir / "config.json",
+            json.dumps(document, indent=2, sort_keys=True).encode(),
+        )
         sink = None
         if mlflow_uri:
-            sink = _MlflowSink.start(mlflow_uri, mlflow_experiment, run_dir.name,
-                                     config)
+            sink = _MlflowSink.start(
+                mlflow_uri, mlflow_experiment, run_dir.name, config
+            )
         logger.info("writing run outputs to %s", run_dir)
         return cls(run_dir=run_dir, writer=SummaryWriter(str(run_dir)), mlflow=sink)
 
@@ -150,8 +153,12 @@ class RunRecorder:
         """One row of metrics.csv, mirrored to TensorBoard and MLflow."""
         if kind not in KINDS:
             raise ValueError(f"unknown metrics kind {kind!r}; expected one of {KINDS}")
-        row: dict[str, Any] = {"time": f"{time.time():.3f}", "kind": kind,
-                               "round": server_round, "region": region}
+        row: dict[str, Any] = {
+            "time": f"{time.time():.3f}",
+            "kind": kind,
+            "round": server_round,
+            "region": region,
+        }
         for name in METRIC_NAMES:
             value = values.get(name)
             row[name] = "" if value is None else f"{value:.6g}"
@@ -187,7 +194,11 @@ class RunRecorder:
     def close(self, *, succeeded: bool) -> None:
         self.writer.close()
         if self.mlflow:
-            artifacts = [self.run_dir / name for name in
-                         ("metrics.csv", "config.json", "model.pt")]
-            self.mlflow.finish([p for p in artifacts if p.exists()],
-                               "FINISHED" if succeeded else "FAILED")
+            artifacts = [
+                self.run_dir / name
+                for name in ("metrics.csv", "config.json", "model.pt")
+            ]
+            self.mlflow.finish(
+                [p for p in artifacts if p.exists()],
+                "FINISHED" if succeeded else "FAILED",
+            )

@@ -76,8 +76,9 @@ def train_epochs(
             optimizer.step()
             total += loss.item() * batch.numel()
         epoch_loss = total / max(features.shape[0], 1)
-        logger.info("%s epoch %d/%d: loss %.4f", label, epoch, settings.epochs,
-                    epoch_loss)
+        logger.info(
+            "%s epoch %d/%d: loss %.4f", label, epoch, settings.epochs, epoch_loss
+        )
     return epoch_loss
 
 
