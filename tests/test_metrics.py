@@ -73,13 +73,10 @@ def test_threshold_from_summed_histograms_equals_pooled_choice() -> None:
     scores = np.clip(rng.normal(0.3 + 0.4 * labels, 0.15), 0, 1)
     halves = [slice(0, 700), slice(700, 2000)]
 
-    summed = [
-        sum(parts)
-        for parts in zip(
-            *(score_histograms(labels[h], scores[h]) for h in halves), strict=True
-        )
-    ]
+    per_node = [score_histograms(labels[h], scores[h]) for h in halves]
+    positives = per_node[0][0] + per_node[1][0]
+    negatives = per_node[0][1] + per_node[1][1]
 
-    assert best_f1_threshold(*summed) == best_f1_threshold(
+    assert best_f1_threshold(positives, negatives) == best_f1_threshold(
         *score_histograms(labels, scores)
     )
