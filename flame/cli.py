@@ -210,7 +210,10 @@ def run_federation(root: Path, args: argparse.Namespace) -> int:
     federation = (
         f"num-supernodes={len(regions)} client-resources-num-cpus={args.cpus_per_node}"
     )
-    with simulation_superlink(root / ".flwr") as env:
+    # A project-local Flower home keeps apps and logs out of ~/.flwr; an
+    # explicit FLWR_HOME (tests, CI) wins.
+    flwr_home = Path(os.environ.get("FLWR_HOME") or root / ".flwr")
+    with simulation_superlink(flwr_home) as env:
         command = [
             "flwr",
             "run",
