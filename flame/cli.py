@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import os
 import signal
@@ -24,6 +25,18 @@ from pathlib import Path
 from flame.tracking import METRIC_NAMES, utc_run_name
 
 DEFAULT_SYNTH_ROWS = 200_000
+
+# Subcommands with parsers of their own: `flame NAME ...` is `module.main(...)`.
+SUBCOMMAND_MODULES = {
+    "synth": "flame.synth",
+    "partition": "flame.partition",
+    "certs": "flame.certs",
+}
+SUBCOMMAND_HELP = {
+    "synth": "generate the built-in PaySim-format data (see flame synth --help)",
+    "partition": "split a PaySim CSV into regions (see flame partition --help)",
+    "certs": "create TLS certificates and SuperNode keys (flame certs --help)",
+}
 SUPERLINK_START_SECONDS = 60.0
 
 
@@ -311,23 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a run-config value, e.g. --set num-server-rounds=5 (repeatable)",
     )
-    commands.add_parser(
-        "synth", help="generate the built-in PaySim-format data", add_help=False
-    )
-    commands.add_parser(
-        "partition", help="split a PaySim CSV into regions", add_help=False
-    )
+    for name, text in SUBCOMMAND_HELP.items():
+        commands.add_parser(name, help=text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Subcommands with their own parsers get the rest of the line untouched.
-    if argv and argv[0] in ("synth", "partition"):
-        from flame import partition, synth
-
-        module = synth if argv[0] == "synth" else partition
-        return module.main(argv[1:])
+    if argv and argv[0] in SUBCOMMAND_MODULES:
+        module = importlib.import_module(SUBCOMMAND_MODULES[argv[0]])
+        return int(module.main(argv[1:]))
     args = build_parser().parse_args(argv or ["run"])
     try:
         return run_federation(find_project_root(), args)
