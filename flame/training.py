@@ -55,8 +55,8 @@ def train_epochs(
 ) -> float:
     """Train in place with Adam; returns the mean loss of the last epoch.
 
-    Batches are index slices of whole tensors: per-row Dataset collation is
-    several times slower on millions of small rows.
+    Batches are index slices of whole tensors: a per-row Dataset with default
+    collation was 1.6-3x slower per epoch (benchmarks/bench_training.py).
     """
     criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(settings.pos_weight))
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
