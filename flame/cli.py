@@ -31,11 +31,15 @@ SUBCOMMAND_MODULES = {
     "synth": "flame.synth",
     "partition": "flame.partition",
     "certs": "flame.certs",
+    "connections": "flame.connections",
+    "deploy": "flame.deploy",
 }
 SUBCOMMAND_HELP = {
     "synth": "generate the built-in PaySim-format data (see flame synth --help)",
     "partition": "split a PaySim CSV into regions (see flame partition --help)",
     "certs": "create TLS certificates and SuperNode keys (flame certs --help)",
+    "connections": "write the flwr CLI connections local-deployment and docker",
+    "deploy": "run the federation as local processes with TLS (flame deploy --help)",
 }
 SUPERLINK_START_SECONDS = 60.0
 
@@ -113,6 +117,9 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
         FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(http_port),
         FLWR_LOCAL_CONTROL_API_PORT=str(control_port),
         FLWR_DISABLE_UPDATE_CHECK="1",
+        # Flower's telemetry posts to its servers by default; a fraud team's
+        # runs stay private.
+        FLWR_TELEMETRY_ENABLED="0",
     )
     log = flwr_home / "superlink.log"
     flwr_home.mkdir(parents=True, exist_ok=True)

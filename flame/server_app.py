@@ -29,7 +29,14 @@ from flame.data import TEST_PARTITION, read_manifest, read_partition
 from flame.errors import FederationError
 from flame.model import build_model
 from flame.records import number_list, scalar
-from flame.strategy import FlameFedAvg, metrics_of, region_of
+from flame.strategy import (
+    FlameFedAvg,
+    describe_node,
+    destinations,
+    metrics_of,
+    origin_node,
+    region_of,
+)
 from flame.tracking import SERVER_REGION, RunRecorder
 from flame.training import evaluate
 
@@ -58,8 +65,13 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float) -> list[int]:
         time.sleep(1.0)
 
 
-def agree_on_feature_stats(grid: Grid, node_ids: list[int]) -> feats.FeatureStats:
-    """Round zero: sum every node's feature moments into shared scaling stats."""
+def agree_on_feature_stats(
+    grid: Grid, node_ids: list[int]
+) -> tuple[feats.FeatureStats, dict[int, str]]:
+    """Round zero: sum every node's feature moments into shared scaling stats.
+
+    Also returns each replying node's region, so later warnings can name it.
+    """
     messages = [
         Message(
             content=RecordDict({"config": ConfigRecord({"phase": "moments"})}),
@@ -69,16 +81,18 @@ def agree_on_feature_stats(grid: Grid, node_ids: list[int]) -> feats.FeatureStat
         for node_id in node_ids
     ]
     replies = list(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_SECONDS))
+    sent_to = destinations(messages)  # the Grid set their ids when pushing
     parts: list[feats.FeatureMoments] = []
+    regions: dict[int, str] = {}
     for msg in replies:
         if msg.has_error():
             logger.warning(
-                "node %d sent no feature statistics (%s); it is left "
-                "out of the scaling",
-                msg.metadata.src_node_id,
+                "%s sent no feature statistics (%s); it is left out of the scaling",
+                describe_node(origin_node(msg, sent_to), regions),
                 msg.error.reason,
             )
             continue
+        regions[msg.metadata.src_node_id] = region_of(msg.content)
         metrics = metrics_of(msg.content)
         parts.append(
             feats.FeatureMoments(
@@ -105,7 +119,7 @@ def agree_on_feature_stats(grid: Grid, node_ids: list[int]) -> feats.FeatureStat
         len(parts),
         stats.pos_weight,
     )
-    return stats
+    return stats, regions
 
 
 @dataclass
@@ -167,11 +181,12 @@ def run_federation(
 ) -> None:
     # Agree on scaling without moving rows.
     node_ids = wait_for_nodes(grid, config.min_nodes, NODE_WAIT_SECONDS)
-    stats = agree_on_feature_stats(grid, node_ids)
+    stats, regions = agree_on_feature_stats(grid, node_ids)
 
     # FedAvg rounds; the test set is scaled with the agreed statistics only.
     strategy = FlameFedAvg(
         recorder=recorder,
+        node_regions=regions,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=config.min_nodes,
