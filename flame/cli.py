@@ -22,9 +22,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from flame.config import RunConfig
 from flame.tracking import METRIC_NAMES, utc_run_name
 
 DEFAULT_SYNTH_ROWS = 200_000
+# Run-config keys `flame run` sets from its own options.
+CLI_OWNED_KEYS = {"data-dir": "--data", "run-dir": "--runs", "run-name": "--runs"}
 
 # Subcommands with parsers of their own: `flame NAME ...` is `module.main(...)`.
 SUBCOMMAND_MODULES = {
@@ -135,6 +138,9 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
         "127.0.0.1",
         "--port",
         str(http_port),
+        # `pip install -e .` installed the dependencies; Flower's per-run
+        # `uv sync` would fetch a multi-GB CUDA build of torch instead.
+        "--disable-runtime-dependency-installation",
     ]
     with log.open("ab") as sink:
         process = subprocess.Popen(
@@ -144,22 +150,54 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
         wait_for_health(http_port, process, log)
         yield env
     finally:
-        # The SuperLink spawns the simulation and Ray: stop the whole group.
+        stop_process_tree(process)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc (children before grandchildren).
+
+    The simulation and Ray start processes in sessions of their own, so killing
+    the SuperLink's process group alone would leave them running.
+    """
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def stop_process_tree(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the SuperLink and all it spawned; SIGKILL what is left after 20 s."""
+    tree = [process.pid, *descendants(process.pid)]
+    for pid in tree:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=20)
+    time.sleep(1.0)  # let the children act on SIGTERM before the hard stop
+    for pid in tree:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
 
 
 def run_config_arg(settings: dict[str, str]) -> str:
     """`--run-config` text: strings quoted TOML-style, numbers left bare."""
-    parts = []
-    for key, value in settings.items():
-        literal = _is_toml_literal(value)
-        parts.append(f"{key}={value}" if literal else f"{key}='{value}'")
-    return " ".join(parts)
+    return " ".join(f"{key}={_toml_text(value)}" for key, value in settings.items())
+
+
+def _toml_text(value: str) -> str:
+    return value if _is_toml_literal(value) else f"'{value}'"
 
 
 def _is_toml_literal(value: str) -> bool:
@@ -178,7 +216,10 @@ def ensure_partitions(root: Path, args: argparse.Namespace) -> Path:
         else (root / "data" / "partitions")
     )
     if (data_dir / "manifest.json").is_file() and not args.csv:
-        print(f"Using the partitions in {data_dir}")
+        print(
+            f"Using the partitions in {data_dir} (--rows and --regions apply only "
+            "when partitions are made)"
+        )
         return data_dir
     if (data_dir / "manifest.json").is_file():
         raise CliError(
@@ -211,8 +252,48 @@ def parse_regions(text: str) -> dict[str, float]:
     return parse(text)
 
 
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    """`--set KEY=VALUE` pairs; the paths are --data/--runs, not --set."""
+    overrides: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not key or not sep:
+            raise CliError(f"--set takes KEY=VALUE, got {item!r}")
+        if key in CLI_OWNED_KEYS:
+            raise CliError(
+                f"--set {key}=... is managed by flame run: use "
+                f"{CLI_OWNED_KEYS[key]} instead"
+            )
+        overrides[key] = value.strip()
+    return overrides
+
+
+def check_run_config(root: Path, settings: dict[str, str]) -> None:
+    """Validate the run config before anything starts (seconds, not minutes).
+
+    The ServerApp checks it again; checking here turns a typo into an error
+    before the SuperLink, Ray and the nodes have started.
+    """
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    defaults: dict[str, object] = pyproject["tool"]["flwr"]["app"]["config"]
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise CliError(
+            f"unknown run-config key(s) {', '.join(unknown)}; the keys are: "
+            f"{', '.join(sorted(defaults))} (see README, 'Options')"
+        )
+    parsed = {
+        key: tomllib.loads(f"x = {_toml_text(value)}")["x"]
+        for key, value in settings.items()
+    }
+    RunConfig.from_mapping({**defaults, **parsed})
+
+
 def run_federation(root: Path, args: argparse.Namespace) -> int:
     """The main job: partitions, a simulated federation, results."""
+    overrides = parse_overrides(args.set)
+    check_run_config(root, {"seed": str(args.seed), **overrides})  # fail fast
     data_dir = ensure_partitions(root, args)
     regions = json.loads((data_dir / "manifest.json").read_text())["regions"]
     run_base = Path(args.runs).expanduser().absolute()
@@ -221,12 +302,13 @@ def run_federation(root: Path, args: argparse.Namespace) -> int:
         "data-dir": str(data_dir),
         "run-dir": str(run_base),
         "run-name": run_name,
+        "seed": str(args.seed),
+        # Every simulated region takes part unless the user asks otherwise:
+        # with one region, a min-nodes of 2 would wait for a node never coming.
+        "min-nodes": str(len(regions)),
+        **overrides,
     }
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if not key or not _:
-            raise CliError(f"--set takes KEY=VALUE, got {item!r}")
-        settings[key.strip()] = value.strip()
+    check_run_config(root, settings)
     federation = (
         f"num-supernodes={len(regions)} client-resources-num-cpus={args.cpus_per_node}"
     )

@@ -90,9 +90,10 @@ def resolve_dir(value: str, *, what: str) -> Path:
     if not path.is_dir():
         raise ConfigError(
             f"{what} folder {path} does not exist (run config value {value!r}, "
-            f"resolved against {Path.cwd()}). Partition data first "
-            "(`flame partition CSV`) or pass an absolute path, e.g. "
-            f"--run-config \"data-dir='{Path.cwd() / 'data' / 'partitions'}'\""
+            f"resolved against {Path.cwd()}, the working directory of the "
+            "process running the app). Partition data first (`flame partition "
+            "CSV`), and pass the folder as an absolute path: --run-config "
+            "\"data-dir='/abs/path/to/data/partitions'\""
         )
     return path
 

@@ -24,9 +24,11 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
@@ -98,21 +100,23 @@ def partition_csv(
 
     # Check every option and path before touching the disk.
     check_regions(regions)
-    _check_options(test_split, test_fraction, chunk_rows)
+    _check_options(test_split, test_fraction, seed, chunk_rows)
     _check_paths(source, out_dir, force=force)
 
     # Build in a temporary sibling folder, so a failure leaves nothing behind.
-    tmp = _make_temp_dir(out_dir)
+    with _writing(source, out_dir):
+        tmp = _make_temp_dir(out_dir)
     try:
-        manifest = _build(
-            source,
-            tmp,
-            regions=regions,
-            scheme=_scheme(regions, test_split, test_fraction, seed),
-            chunk_rows=chunk_rows,
-            progress=progress,
-        )
-        _move_into_place(tmp, out_dir, force=force)
+        with _writing(source, out_dir):
+            manifest = _build(
+                source,
+                tmp,
+                regions=regions,
+                scheme=_scheme(regions, test_split, test_fraction, seed),
+                chunk_rows=chunk_rows,
+                progress=progress,
+            )
+            _move_into_place(tmp, out_dir, force=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -210,7 +214,9 @@ def check_regions(regions: Mapping[str, float]) -> None:
         )
 
 
-def _check_options(test_split: str, test_fraction: float, chunk_rows: int) -> None:
+def _check_options(
+    test_split: str, test_fraction: float, seed: int, chunk_rows: int
+) -> None:
     if test_split not in TEST_SPLITS:
         raise PartitionError(
             f"test split {test_split!r} is unknown; use one of {', '.join(TEST_SPLITS)}"
@@ -219,12 +225,19 @@ def _check_options(test_split: str, test_fraction: float, chunk_rows: int) -> No
         raise PartitionError(
             f"test fraction {test_fraction} is outside (0, 1); use e.g. 0.2"
         )
+    if seed < 0:
+        raise PartitionError(f"seed must be >= 0, got {seed}; pass a --seed >= 0")
     if chunk_rows < 1:
         raise PartitionError(f"chunk rows {chunk_rows} must be >= 1; use e.g. 100000")
 
 
 def _check_paths(source: Path, out_dir: Path, *, force: bool) -> None:
     """The input exists and stays untouched; an existing output needs --force."""
+    if source.is_dir():
+        raise PartitionError(
+            f"{source} is a folder, not a CSV file; pass the PaySim CSV itself "
+            "(plain, .gz or .zip)"
+        )
     if not source.is_file():
         raise PartitionError(
             f"{source}: no such file; pass a PaySim CSV (plain, .gz or .zip)"
@@ -522,6 +535,7 @@ def _manifest(
         "warnings": {
             "blank_rows_skipped": stats.blank_rows,
             "spreadsheet_rounded_rows": stats.rounded_rows,
+            "byte_order_mark": stats.byte_order_mark,
         },
     }
 
@@ -563,6 +577,31 @@ def _make_temp_dir(out_dir: Path) -> Path:
     raise AssertionError("unreachable")
 
 
+@contextmanager
+def _writing(source: Path, out_dir: Path) -> Iterator[None]:
+    """Turn a failed write (read-only, full or not a folder) into a PartitionError.
+
+    Only the input is read besides our own files, so an OSError naming any
+    other path, or none (pyarrow's), is about the output folder.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if (
+            exc.filename is not None
+            and Path(exc.filename).resolve() == source.resolve()
+        ):
+            raise
+        hint = ""
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            hint = ", a file stands where a folder is needed"
+        raise PartitionError(
+            f"cannot write the output folder {out_dir} ({exc}{hint}); it is built "
+            "in a temporary folder beside it first, so choose a --out in a "
+            "writable folder with free space"
+        ) from exc
+
+
 def _move_into_place(tmp: Path, out_dir: Path, *, force: bool) -> None:
     """Rename the finished folder to `out_dir`; the old one goes only after that."""
     if not out_dir.exists():
@@ -590,16 +629,17 @@ def main(argv: list[str] | None = None) -> int:
     """`partition CSV [options]`: 0 on success, 2 on bad input or options."""
     args = _parser().parse_args(argv)
     try:
-        manifest = partition_csv(
-            args.csv,
-            args.out,
-            regions=parse_regions(args.regions),
-            test_split=args.test_split,
-            test_fraction=args.test_fraction,
-            seed=args.seed,
-            force=args.force,
-            chunk_rows=args.chunk_rows,
-        )
+        with _sigterm_as_interrupt():
+            manifest = partition_csv(
+                args.csv,
+                args.out,
+                regions=parse_regions(args.regions),
+                test_split=args.test_split,
+                test_fraction=args.test_fraction,
+                seed=args.seed,
+                force=args.force,
+                chunk_rows=args.chunk_rows,
+            )
     except (PaySimFormatError, PartitionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -608,6 +648,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(_summary(manifest, args.out))
     return 0
+
+
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (`kill`, a stopping container) like Ctrl-C while inside.
+
+    The KeyboardInterrupt unwinds through partition_csv, which removes its
+    temporary folder. Handlers can only be set in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -4,8 +4,9 @@ Accepts the Kaggle log as a plain CSV, gzipped, or as the `.zip` Kaggle serves.
 Every chunk is an Arrow table with `flame.schema` columns and types. Bad input
 raises `PaySimFormatError` naming the file, the physical line (header = line 1),
 the column, the value found and the fix. Two known kinds of damage are kept and
-reported instead: blank rows (skipped) and numbers a spreadsheet rounded to
-three significant digits (kept, but inexact).
+reported instead: blank rows (skipped), numbers a spreadsheet rounded to
+three significant digits (kept, but inexact) and a UTF-8 byte-order mark
+(ignored).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class ReadStats:
     first_blank_line: int = 0
     rounded_rows: int = 0
     first_rounded_line: int = 0
+    byte_order_mark: bool = False
 
 
 class _LineStream(Protocol):
@@ -136,17 +138,23 @@ class PaySimCsv:
     # -- the steps of a read ------------------------------------------------
 
     def _read_header(self, stream: _LineStream) -> list[str]:
-        with self._unpacking(after_line=0):
+        with self._unpacking(after_line=lambda: 0):
             line = stream.readline(_MAX_HEADER_BYTES)
         if not line:
             raise self._error(f"holds no text (0 bytes after unpacking); {_REDOWNLOAD}")
-        if len(line) == _MAX_HEADER_BYTES and not line.endswith(b"\n"):
+        too_long = len(line) == _MAX_HEADER_BYTES and not line.endswith(b"\n")
+        # A byte-order mark (Excel's "CSV UTF-8") is harmless: drop it, report it.
+        if line.startswith(_BOM):
+            line = line.removeprefix(_BOM)
+            self.stats.byte_order_mark = True
+        # Checked before the length: a `\r`-only file reads as one endless line.
+        if b"\r" in line.rstrip(b"\r\n"):
+            raise self._error(_header_carriage_return(line))
+        if too_long:
             raise self._error(
                 f"line 1 is longer than {_MAX_HEADER_BYTES} bytes, so it is no CSV "
                 f"header; expected header: {EXPECTED_HEADER}"
             )
-        # A byte-order mark (Excel's "CSV UTF-8") is harmless: drop it.
-        line = line.removeprefix(_BOM)
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
@@ -172,16 +180,24 @@ class PaySimCsv:
                 yield table
 
     def _next_lines(self, stream: _LineStream, first_line: int) -> list[bytes]:
-        with self._unpacking(after_line=first_line - 1):
-            return list(islice(stream, self.chunk_rows))
+        # `extend` keeps the lines read before a failure, so an error can say
+        # how far the data went.
+        lines: list[bytes] = []
+        with self._unpacking(after_line=lambda: first_line - 1 + len(lines)):
+            lines.extend(islice(stream, self.chunk_rows))
+        return lines
 
     @contextmanager
-    def _unpacking(self, *, after_line: int) -> Iterator[None]:
-        """Turn a broken gzip or zip stream into a PaySimFormatError."""
+    def _unpacking(self, *, after_line: Callable[[], int]) -> Iterator[None]:
+        """Turn a broken gzip or zip stream into a PaySimFormatError.
+
+        `after_line` gives the last line read intact when the stream broke.
+        """
         try:
             yield
         except (EOFError, OSError, zlib.error, zipfile.BadZipFile) as exc:
-            where = f"after about line {after_line}" if after_line else "at once"
+            last = after_line()
+            where = f"after line {last:,}" if last else "at once"
             raise self._error(
                 f"the data breaks off {where} ({exc}); the file looks truncated "
                 f"or damaged (e.g. an interrupted download); {_REDOWNLOAD}"
@@ -224,6 +240,13 @@ class PaySimCsv:
                 stats.blank_rows,
                 stats.first_blank_line,
                 stats.rows,
+            )
+        if stats.byte_order_mark:
+            logger.warning(
+                "%s: starts with a UTF-8 byte-order mark (Excel's 'CSV UTF-8' "
+                "writes one); the byte-order mark was ignored, the rows are read "
+                "as usual",
+                self.path,
             )
         if stats.rounded_rows:
             logger.warning(
@@ -500,6 +523,17 @@ def _to_number(
         # Some value is no number: null it (the rules report it), cast the rest.
         valid = pc.match_substring_regex(values, pattern)
         return pc.cast(pc.if_else(valid, values, None), type_)
+
+
+def _header_carriage_return(line: bytes) -> str:
+    """Why a header holding a carriage return is refused, and the fix."""
+    fix = "save the file with \\n or \\r\\n line ends"
+    if not line.endswith(b"\n"):
+        return (
+            "line 1 holds carriage returns (\\r) but no line feed (\\n): the file "
+            f"has old-Mac line ends (\\r only), so it reads as one line; {fix}"
+        )
+    return f"line 1 holds a carriage return (\\r) inside the line; {fix}"
 
 
 def _is_number(text: str) -> bool:

@@ -141,14 +141,16 @@ class TestSetEvaluator:
         )
         model.load_state_dict(arrays.to_torch_state_dict())
         result = evaluate(model, self.features, self.labels, self.strategy.threshold)
-        values = {
+        values: dict[str, float] = {
             **result.counts.ratios(),
             "loss": result.loss,
             "roc_auc": result.roc_auc,
             "pr_auc": result.pr_auc,
         }
+        # The threshold goes to TensorBoard and MLflow beside the metrics it made.
+        values["threshold"] = self.strategy.threshold
         self.recorder.record("server_eval", server_round, SERVER_REGION, values)
-        return MetricRecord({**values, "threshold": self.strategy.threshold})
+        return MetricRecord(dict(values.items()))
 
 
 @app.main()

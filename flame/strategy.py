@@ -87,7 +87,10 @@ def weighted_mean_ignoring_nan(
     """
     pairs = [(v, w) for v, w in zip(values, weights, strict=True) if not math.isnan(v)]
     total = sum(w for _, w in pairs)
-    return sum(v * w for v, w in pairs) / total if total else float("nan")
+    if not total:
+        return float("nan")
+    # Clamp the float rounding that lifts a mean of 1.0s to 1.0000000000000002.
+    return min(max(sum(v * w for v, w in pairs) / total, min(values)), max(values))
 
 
 def aggregate_evaluation(contents: list[RecordDict], weight_key: str) -> MetricRecord:

@@ -7,6 +7,8 @@ without the real file. It reproduces the published shape, not the simulator:
 - the five types in the full file's proportions; frauds only in TRANSFER and
   CASH_OUT: a fraudster TRANSFERs an account's whole balance to a mule (in 10M
   pieces above PaySim's cap), and the mule CASH_OUTs each piece in the same step;
+  so frauds come in pairs, and their count is rows * fraud_rate rounded to an
+  even number (at least one pair when fraud_rate > 0 and rows >= 2);
 - a front-loaded volume (steps 1-400 hold 91% of rows) with a daily cycle, while
   frauds are spread evenly over the 743 steps; rows sorted by step;
 - amounts and balances drawn per type from log10 quantile tables calibrated on
@@ -186,7 +188,6 @@ class _Plan:
 
     legit: IntArray  # non-fraud rows
     pairs: IntArray  # fraud TRANSFER + CASH_OUT pairs
-    lone: IntArray  # 1 where an odd fraud count leaves a TRANSFER without cash-out
     pool_size: int
     pool_offset: int
 
@@ -332,20 +333,15 @@ def _legit_rows(plan: _Plan, rng: np.random.Generator, n: int) -> _Block:
 
 
 def _episode_balances(
-    rng: np.random.Generator, pairs: int, lone: int
+    rng: np.random.Generator, pairs: int
 ) -> tuple[IntArray, IntArray]:
-    """Balances to empty and their number of transfers, using exactly `pairs`.
+    """Balances to empty and their number of transfers, using exactly `pairs` >= 1.
 
     Each episode needs one transfer per started 10M; the last episode is cut
-    to the pairs left. A lone row is one more single-transfer episode.
+    to the pairs left.
     """
-    balance = _cents(
-        _sample_log10(rng, _VICTIM_TABLE, np.zeros(pairs + lone, np.int64))
-    )
-    balance[pairs:] = np.minimum(balance[pairs:], CAP_CENTS)
-    pieces = -(-balance[:pairs] // CAP_CENTS)
-    if pairs == 0:
-        return balance, np.ones(lone, dtype=np.int64)
+    balance = _cents(_sample_log10(rng, _VICTIM_TABLE, np.zeros(pairs, np.int64)))
+    pieces = -(-balance // CAP_CENTS)
 
     # Keep whole episodes while they fit, then cut the one that overflows.
     used = np.cumsum(pieces)
@@ -353,12 +349,12 @@ def _episode_balances(
     left = pairs - (int(used[last - 1]) if last > 0 else 0)
     pieces = np.append(pieces[:last], left)
     cut = min(int(balance[last]), left * CAP_CENTS)
-    balance = np.concatenate([balance[:last], [cut], balance[pairs:]])
-    return balance, np.append(pieces, np.ones(lone, dtype=np.int64))
+    balance = np.append(balance[:last], cut)
+    return balance, pieces
 
 
 def _fraud_rows(
-    plan: _Plan, rng: np.random.Generator, pairs: int, lone: int
+    plan: _Plan, rng: np.random.Generator, pairs: int
 ) -> tuple[_Block, IntArray]:
     """Fraud rows of one step and the episode number of each row.
 
@@ -366,7 +362,7 @@ def _fraud_rows(
     whose cash-out of the same amount follows it. A flagged (blocked) last
     transfer debits nothing, so its mule cashes out 0, as in the real file.
     """
-    balance, pieces = _episode_balances(rng, pairs, lone)
+    balance, pieces = _episode_balances(rng, pairs)
     episodes = len(balance)
     episode = np.repeat(np.arange(episodes), pieces)
     starts = np.cumsum(pieces) - pieces
@@ -399,12 +395,10 @@ def _fraud_rows(
         flagged=np.zeros(len(old), dtype=np.bool_),
     )
 
-    # Interleave transfer, cash-out; the lone episodes keep no cash-out.
+    # Interleave: each transfer is followed by its cash-out.
     both = _Block.concat([transfer, cash_out])
-    order = np.column_stack([np.arange(len(old)), len(old) + np.arange(len(old))])
-    keep = np.column_stack([np.ones(len(old), bool), episode < episodes - lone])
-    rows = order.ravel()[keep.ravel()]
-    return both.take(rows), np.concatenate([episode, episode])[rows]
+    rows = np.column_stack([np.arange(len(old)), len(old) + np.arange(len(old))])
+    return both.take(rows.ravel()), np.concatenate([episode, episode])[rows.ravel()]
 
 
 def _fraud_block(
@@ -437,10 +431,10 @@ def _step_rows(plan: _Plan, seed: int, step: int) -> _Block:
     rng = np.random.default_rng([seed, 1, step])
     index = step - FIRST_STEP
     legit = _legit_rows(plan, rng, int(plan.legit[index]))
-    pairs, lone = int(plan.pairs[index]), int(plan.lone[index])
-    if pairs + lone == 0:
+    pairs = int(plan.pairs[index])
+    if pairs == 0:
         return legit
-    fraud, episode = _fraud_rows(plan, rng, pairs, lone)
+    fraud, episode = _fraud_rows(plan, rng, pairs)
 
     # Sort by insertion point; ties keep the order, so an episode stays together.
     place = rng.random(int(episode.max()) + 1) * len(legit)
@@ -449,19 +443,27 @@ def _step_rows(plan: _Plan, seed: int, step: int) -> _Block:
     return _Block.concat([legit, fraud]).take(order)
 
 
+def fraud_pairs(rows: int, fraud_rate: float) -> int:
+    """TRANSFER + CASH_OUT pairs in `rows` rows: rows * fraud_rate / 2, rounded.
+
+    At least one pair when fraud_rate > 0 and there is room for one, so a
+    small file still holds a fraud; never more frauds than rows.
+    """
+    pairs = round(rows * fraud_rate / 2)
+    if fraud_rate > 0:
+        pairs = max(pairs, 1)
+    return min(pairs, rows // 2)
+
+
 def _make_plan(rows: int, fraud_rate: float, seed: int) -> _Plan:
     """Row counts per step: volume front-loaded, frauds uniform over steps."""
     rng = np.random.default_rng([seed, 0])
-    frauds = round(rows * fraud_rate)
-    legit = rng.multinomial(rows - frauds, step_weights())
-    pairs = rng.multinomial(frauds // 2, np.full(_NUM_STEPS, 1 / _NUM_STEPS))
-    lone = np.zeros(_NUM_STEPS, dtype=np.int64)
-    if frauds % 2:
-        lone[rng.integers(_NUM_STEPS)] = 1
+    n_pairs = fraud_pairs(rows, fraud_rate)
+    legit = rng.multinomial(rows - 2 * n_pairs, step_weights())
+    pairs = rng.multinomial(n_pairs, np.full(_NUM_STEPS, 1 / _NUM_STEPS))
     return _Plan(
         legit=legit,
         pairs=pairs,
-        lone=lone,
         pool_size=max(1, round(rows * _DEST_POOL_SHARE)),
         pool_offset=int(rng.integers(0, _POOL_PRIME)),
     )
@@ -528,7 +530,7 @@ def _write_rows(sink: io.BufferedIOBase, plan: _Plan, seed: int, bar: tqdm) -> i
 
 def _write_file(path: Path, plan: _Plan, seed: int, *, gz: bool, progress: bool) -> int:
     """Write CSV, gzip-compressed if `gz`, to `path`; returns the frauds."""
-    total = int(plan.legit.sum() + 2 * plan.pairs.sum() + plan.lone.sum())
+    total = int(plan.legit.sum() + 2 * plan.pairs.sum())
     with (
         path.open("wb") as raw,
         tqdm(total=total, unit="row", unit_scale=True, disable=not progress) as bar,
@@ -562,7 +564,7 @@ def _check_free(path: Path, force: bool) -> None:
     """Refuse to replace an existing file unless asked to."""
     if path.exists() and not force:
         raise OutputExistsError(
-            f"{path} already exists; pass --force (force=True) to replace it, "
+            f"{path} already exists; pass --force to replace it, "
             "or choose another --out"
         )
 

@@ -75,7 +75,7 @@ class _MlflowSink:
         except Exception as exc:
             raise ConnectionError(
                 f"cannot log to the MLflow tracking server at {uri} ({exc}); start "
-                "it (see README, 'MLflow') or set mlflow-tracking-uri=\"\" to turn "
+                "it (see README, 'Deploy') or set mlflow-tracking-uri=\"\" to turn "
                 "MLflow logging off"
             ) from exc
         logger.info("logging to MLflow at %s, run %s", uri, run.info.run_id)
@@ -192,7 +192,14 @@ class RunRecorder:
         return "\n".join(lines)
 
     def close(self, *, succeeded: bool) -> None:
+        """Flush everything; a failed run is marked so nobody mistakes it."""
         self.writer.close()
+        if not succeeded:
+            write_atomic(
+                self.run_dir / "FAILED",
+                b"This run failed; its outputs are incomplete. The ServerApp log "
+                b"(flwr log RUN_ID) says why.\n",
+            )
         if self.mlflow:
             artifacts = [
                 self.run_dir / name

@@ -58,6 +58,9 @@ def train_epochs(
     Batches are index slices of whole tensors: a per-row Dataset with default
     collation was 1.6-3x slower per epoch (benchmarks/bench_training.py).
     """
+    # Dropout draws from torch's global generator: seed it, so the same seed
+    # gives the same weights on every run (Ray workers start unseeded).
+    torch.manual_seed(settings.seed)
     criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(settings.pos_weight))
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(settings.seed)

@@ -112,3 +112,36 @@ def test_a_run_in_which_no_node_can_read_data_fails_loudly(
     output = done.stdout + done.stderr
     assert "no node replied to the feature-statistics round" in output
     assert "finished:failed" in output
+
+
+def test_three_regions_each_train_and_are_all_required(tmp_path: Path) -> None:
+    # flame run partitions the CSV itself and sets min-nodes to the regions.
+    done = run_flame(
+        tmp_path,
+        "--csv",
+        str(require_paysim()),
+        "--data",
+        str(tmp_path / "parts"),
+        "--regions",
+        "US=0.4,EU=0.4,APAC=0.2",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--set",
+        "num-server-rounds=1",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = read_metrics(run_dir)
+    trained = {r["region"] for r in rows if r["kind"] == "client_train"}
+    assert trained == {"US", "EU", "APAC"}
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["config"]["min-nodes"] == 3
+
+
+def test_bad_run_config_fails_before_anything_starts(tmp_path: Path) -> None:
+    done = run_flame(tmp_path, "--data", str(tmp_path / "none"), "--set", "lr=1")
+
+    assert done.returncode == 2
+    assert "unknown run-config key(s) lr" in done.stderr
+    assert not (tmp_path / "none").exists()  # nothing generated or partitioned
