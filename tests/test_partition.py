@@ -10,7 +10,14 @@ import gzip
 import hashlib
 import json
 import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,8 +40,10 @@ from flame.partition import (
 )
 from flame.paysim_csv import PaySimFormatError, read_table
 from flame.schema import COLUMNS, DTYPES, LAST_STEP
+from flame.synth import generate
 
-PAYSIM_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paysim"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PAYSIM_DIR = REPO_ROOT.parent / "shared" / "data" / "paysim"
 SAMPLE = "paysim_sample_12k.csv"
 REGIONS = {"US": 0.5, "EU": 0.3, "APAC": 0.2}
 ARROW_TYPES = {
@@ -145,6 +154,7 @@ def test_sample_manifest(sample: Path, tmp_path: Path) -> None:
     assert manifest["warnings"] == {
         "blank_rows_skipped": 0,
         "spreadsheet_rounded_rows": 0,
+        "byte_order_mark": False,
     }
     assert (manifest["rows"], manifest["frauds"]) == (12_651, 325)
     for name, entry in manifest["partitions"].items():
@@ -172,13 +182,33 @@ def test_gz_and_zip_give_the_same_partitions(sample: Path, tmp_path: Path) -> No
     assert from_zip["source"]["name"] == "paysim.zip"
 
 
-def test_bom_is_accepted(sample: Path, tmp_path: Path) -> None:
+def test_bom_is_ignored_and_reported(
+    sample: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Regression: the byte-order mark was dropped without a word.
+    monkeypatch.setattr(logging.getLogger("flame"), "propagate", True)
+    caplog.set_level(logging.WARNING)
     with_bom = tmp_path / "bom.csv"
     with_bom.write_bytes(b"\xef\xbb\xbf" + sample.read_bytes())
 
     manifest = run(with_bom, tmp_path / "out")
 
     assert manifest["partitions"] == run(sample, tmp_path / "plain")["partitions"]
+    assert manifest["warnings"]["byte_order_mark"] is True
+    warnings = [
+        (r.name, r.getMessage()) for r in caplog.records if r.levelname == "WARNING"
+    ]
+    assert warnings == [
+        (
+            "flame.paysim_csv",
+            f"{with_bom}: starts with a UTF-8 byte-order mark (Excel's 'CSV UTF-8' "
+            "writes one); the byte-order mark was ignored, the rows are read as "
+            "usual",
+        )
+    ]
 
 
 def test_rerun_is_byte_identical(sample: Path, tmp_path: Path) -> None:
@@ -251,6 +281,7 @@ def test_damaged_files_partition_with_warnings(
     assert manifest["warnings"] == {
         "blank_rows_skipped": blank,
         "spreadsheet_rounded_rows": rounded,
+        "byte_order_mark": False,
     }
     messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert (f"skipped {blank} blank rows" in " ".join(messages)) == bool(blank)
@@ -386,6 +417,18 @@ BAD_INPUTS: dict[str, tuple[Callable[[list[str]], list[str]], str]] = {
         lambda lines: [*lines[:12], drop_field(lines[12], "type"), *lines[13:]],
         r"line 13 has 10 fields but the header has 11",
     ),
+    # Regression: reported as a renamed column `isFlaggedFraud\r1`.
+    "old-Mac line ends": (
+        lambda lines: [line.replace("\n", "\r") for line in lines],
+        r"line 1 holds carriage returns \(\\r\) but no line feed \(\\n\): the file "
+        r"has old-Mac line ends \(\\r only\), so it reads as one line; save the "
+        r"file with \\n or \\r\\n line ends",
+    ),
+    "carriage return in the header": (
+        lambda lines: [lines[0].replace(",amount", "\r,amount"), *lines[1:]],
+        r"line 1 holds a carriage return \(\\r\) inside the line; save the file "
+        r"with \\n or \\r\\n line ends",
+    ),
 }
 
 
@@ -405,15 +448,40 @@ def test_bad_input_fails_cleanly(
     assert source.read_bytes() == before
 
 
-def test_truncated_gzip_fails_cleanly(sample: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk_rows", [100_000, 1_000])
+def test_truncated_gzip_fails_cleanly(
+    sample: Path, tmp_path: Path, chunk_rows: int
+) -> None:
     packed = gzip.compress(sample.read_bytes(), mtime=0)
     source = tmp_path / "sample.csv.gz"
     source.write_bytes(packed[: len(packed) // 2])
+    # The complete lines in what can still be unpacked (header = line 1).
+    intact = zlib.decompressobj(wbits=31).decompress(source.read_bytes()).count(b"\n")
+    assert intact > 5_000
 
-    with pytest.raises(PaySimFormatError, match=r"looks truncated or damaged"):
-        run(source, tmp_path / "out")
+    # Regression: said "after about line 1", the start of the (only) chunk.
+    with pytest.raises(
+        PaySimFormatError,
+        match=rf"the data breaks off after line {intact:,} \(.*\); the file looks "
+        r"truncated or damaged",
+    ):
+        run(source, tmp_path / "out", chunk_rows=chunk_rows)
 
     assert list(tmp_path.iterdir()) == [source]
+
+
+def test_old_mac_line_ends_are_named(sample: Path, tmp_path: Path) -> None:
+    # Regression: the real sample with `\r` line ends (> 64 KiB, one "line")
+    # was refused as "line 1 is longer than 65536 bytes".
+    source = tmp_path / "mac.csv"
+    source.write_bytes(sample.read_bytes().replace(b"\n", b"\r"))
+
+    with pytest.raises(
+        PaySimFormatError,
+        match=r"mac\.csv: line 1 holds carriage returns .*old-Mac line ends "
+        r"\(\\r only\).*save the file with \\n or \\r\\n line ends",
+    ):
+        run(source, tmp_path / "out")
 
 
 def test_zip_with_two_csvs_is_refused(sample: Path, tmp_path: Path) -> None:
@@ -437,6 +505,25 @@ def test_main_reports_bad_input_without_traceback(
     assert code == 2
     assert "line 5, column type: value 'WIRE'" in err
     assert "Traceback" not in err
+
+
+def test_main_rejects_a_negative_seed(
+    sample_lines: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: `--seed -1` ended in numpy's traceback "expected non-negative
+    # integer" after the whole file had been read.
+    source = write(tmp_path, sample_lines)
+    message = r"seed must be >= 0, got -1; pass a --seed >= 0"
+
+    with pytest.raises(PartitionError, match=message):
+        run(source, tmp_path / "out", seed=-1)
+    code = main([str(source), "--out", str(tmp_path / "out"), "--seed", "-1"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: seed must be >= 0, got -1" in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [source]
 
 
 def test_main_prints_a_summary(
@@ -467,6 +554,37 @@ def test_existing_output_needs_force(sample_lines: list[str], tmp_path: Path) ->
     run(source, out, seed=2, force=True)
     assert json.loads((out / "manifest.json").read_text())["scheme"]["seed"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "paysim.csv"]
+
+
+@pytest.mark.parametrize("out", ["afile/parts", "afile/sub/parts"])
+def test_unwritable_output_folder_is_reported(
+    sample_lines: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    out: str,
+) -> None:
+    # Regression: a read-only --out gave the traceback "OSError: [Errno 30]
+    # Read-only file system: '.../parts.tmp-2634-0'". Tests run as root, which
+    # chmod does not stop, so a file in the way stands in for a read-only disk.
+    source = write(tmp_path, sample_lines)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    out_dir = tmp_path / out
+    message = (
+        rf"cannot write the output folder {re.escape(str(out_dir))} "
+        r"\(\[Errno \d+\] [^)]*, a file stands where a folder is needed\); it is "
+        r"built in a temporary folder beside it first, so choose a --out in a "
+        r"writable folder with free space"
+    )
+
+    with pytest.raises(PartitionError, match=message):
+        run(source, out_dir)
+    code = main([str(source), "--out", str(out_dir)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"error: cannot write the output folder {out_dir}" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "paysim.csv"]
 
 
 def test_force_never_replaces_an_unrelated_folder(
@@ -541,6 +659,19 @@ def test_bad_options_are_rejected_before_any_work(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_folder_as_input_is_named_a_folder(tmp_path: Path) -> None:
+    # Regression: a folder was reported as "no such file".
+    folder = tmp_path / "paysim"
+    folder.mkdir()
+
+    with pytest.raises(
+        PartitionError,
+        match=r"paysim is a folder, not a CSV file; pass the PaySim CSV itself",
+    ):
+        run(folder, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == [folder]
+
+
 def test_time_cutoff_picks_the_nearest_smallest_step() -> None:
     # Steps 1..5 with 10 rows each: the last step is exactly 20%.
     assert time_cutoff(np.array([0, 10, 10, 10, 10, 10]), 0.2) == 4
@@ -566,3 +697,41 @@ def test_region_hash_is_pinned() -> None:
 
     assert units.tolist() == pytest.approx([0.0495992, 0.6943804, 0.6808639])
     assert assign_regions(["C1231006815", "C1666544295"], [0.5, 0.5]).tolist() == [0, 1]
+
+
+# -- stopping a run ----------------------------------------------------------------
+
+
+def test_sigterm_removes_the_temporary_folder(tmp_path: Path) -> None:
+    # Regression: SIGTERM (kill, docker stop) left OUT.tmp-<pid>-<n> behind,
+    # holding a spill file as big as the data.
+    source = tmp_path / "synth.csv"
+    generate(source, rows=300_000, progress=False)
+    out = tmp_path / "parts"
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from flame.partition import main; sys.exit(main(sys.argv[1:]))",
+        str(source),
+        "--out",
+        str(out),
+        "--chunk-rows",
+        "20000",
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+    # Wait until pass 1 is spilling, then stop it as `kill` would.
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("parts.tmp-*/_spill.parquet")):
+        assert process.poll() is None, "partition ended before it could be stopped"
+        assert time.monotonic() < deadline, "no spill file appeared in 60 s"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+
+    assert process.returncode == 130, err.decode()
+    assert "interrupted: no partial output was left behind" in err.decode()
+    assert "Traceback" not in err.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth.csv"]

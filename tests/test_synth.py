@@ -130,8 +130,39 @@ def test_frauds_only_in_transfer_and_cash_out_about_half_each(
 
     assert set(frauds.index) == set(FRAUD_TYPES)
     assert frauds.sum() == round(DISTRIBUTION_ROWS * SAMPLE_FRAUD_RATE)
-    # Pairs make the two counts equal, up to one lone TRANSFER.
-    assert frauds["TRANSFER"] - frauds["CASH_OUT"] in (0, 1)
+    # Frauds come in TRANSFER + CASH_OUT pairs.
+    assert frauds["TRANSFER"] == frauds["CASH_OUT"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "fraud_rate", "frauds"),
+    [
+        (1_000, synth.DEFAULT_FRAUD_RATE, 2),  # 1.29 frauds: was 1 lone TRANSFER
+        (1_000, 0.0035, 4),  # 3.5 rounds to an even 4
+        (2, 1e-6, 2),  # a rate > 0 gives at least one pair
+        (3, 1.0, 2),  # never more frauds than rows
+        (1, 0.5, 0),  # no room for a pair
+        (500, 0.0, 0),
+    ],
+)
+def test_frauds_come_in_pairs(
+    tmp_path: Path, rows: int, fraud_rate: float, frauds: int
+) -> None:
+    # Regression: an odd fraud count left a fraud TRANSFER with no CASH_OUT.
+    path = _generate(tmp_path / "pairs.csv", rows, fraud_rate=fraud_rate)
+
+    table = pd.read_csv(path)
+    fraud = table["isFraud"] == 1
+    transfers = table.index[fraud & (table["type"] == "TRANSFER")]
+    cash_outs = table.index[fraud & (table["type"] == "CASH_OUT")]
+    assert (len(table), fraud.sum()) == (rows, frauds)
+    assert synth.fraud_pairs(rows, fraud_rate) == frauds // 2
+    # Each fraud TRANSFER is followed by the mule's CASH_OUT.
+    assert list(cash_outs) == [i + 1 for i in transfers]
+    assert (
+        table.loc[transfers, "nameDest"].to_numpy()
+        == table.loc[cash_outs, "nameOrig"].to_numpy()
+    ).all()
 
 
 def test_fraud_rate_per_type_matches_sample(
@@ -273,7 +304,12 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     path = tmp_path / "synth.csv"
     path.write_text("keep me\n")
 
-    with pytest.raises(synth.OutputExistsError, match=r"already exists.*--force"):
+    # Regression: the message showed the internal `--force (force=True)`.
+    with pytest.raises(
+        synth.OutputExistsError,
+        match=r"synth\.csv already exists; pass --force to replace it, or choose "
+        r"another --out$",
+    ):
         synth.generate(path, rows=100, progress=False)
 
     assert path.read_text() == "keep me\n"
@@ -326,6 +362,8 @@ def test_main_writes_then_refuses_then_replaces(
 
     assert synth.main(argv) == 0
     assert synth.main(argv) == 1
-    assert "already exists" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already exists; pass --force to replace it" in err
+    assert "force=True" not in err
     assert synth.main([*argv, "--force", "--fraud-rate", "0.5"]) == 0
     assert pd.read_csv(out)["isFraud"].sum() == 150
