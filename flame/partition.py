@@ -626,7 +626,8 @@ def _move_into_place(tmp: Path, out_dir: Path, *, force: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`partition CSV [options]`: 0 on success, 2 on bad input or options."""
+    """`partition CSV [options]`: 0 on success, 2 on bad input or options, 130
+    when stopped by Ctrl-C or SIGTERM (leaving no partial output)."""
     args = _parser().parse_args(argv)
     try:
         with _sigterm_as_interrupt():
