@@ -418,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Subcommands with their own parsers get the rest of the line untouched.
@@ -425,6 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(SUBCOMMAND_MODULES[argv[0]])
         return int(module.main(argv[1:]))
     args = build_parser().parse_args(argv or ["run"])
+    # SIGTERM (a scheduler, `kill`) cleans up like Ctrl-C: the SuperLink, the
+    # simulation and Ray are stopped by the context managers on the way out.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return run_federation(find_project_root(), args)
     except (CliError, OSError, ValueError) as exc:
