@@ -5,6 +5,7 @@ global model on the held-out test set after every round and records it all.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,10 @@ def main(grid: Grid, context: Context) -> None:
         config.run_name,
         config.as_dict(),
         manifest,
-        mlflow_uri=config.mlflow_tracking_uri,
+        # An empty run-config value falls back to the ServerApp host's own
+        # MLFLOW_TRACKING_URI (the Compose serverapp sets it).
+        mlflow_uri=config.mlflow_tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI", ""),
         mlflow_experiment=config.mlflow_experiment,
     )
     succeeded = False
