@@ -53,13 +53,16 @@ class Connection:
 
 
 def default_connections(
-    certs_dir: Path, *, native_port: int = DEFAULT_NATIVE_PORT
+    certs_dir: Path,
+    *,
+    native_port: int = DEFAULT_NATIVE_PORT,
+    docker_port: int = DOCKER_PORT,
 ) -> list[Connection]:
     """`local-deployment` and `docker`, both trusting `certs_dir/ca.crt`."""
     ca = certs_dir.expanduser().absolute() / "ca.crt"
     return [
         Connection(LOCAL_DEPLOYMENT, f"127.0.0.1:{native_port}", ca),
-        Connection(DOCKER, f"127.0.0.1:{DOCKER_PORT}", ca),
+        Connection(DOCKER, f"127.0.0.1:{docker_port}", ca),
     ]
 
 
@@ -127,6 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="SuperLink port of `flame deploy` (local-deployment)",
     )
     parser.add_argument(
+        "--docker-port",
+        type=int,
+        default=DOCKER_PORT,
+        help="published SuperLink port of the Compose federation "
+        "(FLAME_SUPERLINK_PORT in .env)",
+    )
+    parser.add_argument(
         "--flwr-home", help="Flower home to write (default: $FLWR_HOME or .flwr)"
     )
     args = parser.parse_args(argv)
@@ -141,7 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     try:
-        path = write_config(home, default_connections(certs, native_port=args.port))
+        connections = default_connections(
+            certs, native_port=args.port, docker_port=args.docker_port
+        )
+        path = write_config(home, connections)
     except (OSError, ValueError) as exc:
         print(f"flame connections: error: {exc}", file=sys.stderr)
         return 2

@@ -244,7 +244,9 @@ def mlflow_spec(layout: Layout, ports: Ports) -> ProcessSpec:
     return ProcessSpec(
         "mlflow",
         command,
-        dict(os.environ, **QUIET_ENV),
+        # Background jobs serve MLflow's GenAI features: 8 idle processes here
+        # (the Compose mlflow service turns them off too).
+        dict(os.environ, **QUIET_ENV, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
         health_url=f"http://127.0.0.1:{ports.mlflow}/health",
     )
 
@@ -614,6 +616,7 @@ def stay_up(running: Federation) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         prog="flame deploy",
         description="Run the federation as local processes on 127.0.0.1 with TLS "
         "and SuperNode authentication.",

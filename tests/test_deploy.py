@@ -384,3 +384,12 @@ for name in ("local-deployment", "docker", "local"):
     out[name] = [c.address, c.root_certificates]
 print(json.dumps(out))
 """
+
+
+def test_connections_follow_a_changed_compose_port(tmp_path: Path) -> None:
+    from flame import connections
+
+    written = connections.default_connections(Path("/c"), docker_port=18000)
+
+    docker = next(c for c in written if c.name == "docker")
+    assert docker.address == "127.0.0.1:18000"
