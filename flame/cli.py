@@ -13,7 +13,6 @@ import importlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from flame.config import RunConfig
+from flame.ports import free_ports
 from flame.tracking import METRIC_NAMES, utc_run_name
 
 DEFAULT_SYNTH_ROWS = 200_000
@@ -79,12 +79,6 @@ def _declares_flame_app(pyproject: Path) -> bool:
     return bool(app.get("publisher") == "flame")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for_health(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     """Block until the SuperLink answers /health, or fail naming its log."""
     import httpx
@@ -113,7 +107,7 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
     command and keeps its first environment; owning it avoids both surprises.
     Yields the environment that points `flwr` at it.
     """
-    http_port, control_port = free_port(), free_port()
+    http_port, control_port = free_ports(2)
     env = dict(
         os.environ,
         FLWR_HOME=str(flwr_home),

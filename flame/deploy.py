@@ -43,6 +43,7 @@ import httpx
 from flame import certs as flame_certs
 from flame import connections
 from flame.errors import FlameError
+from flame.ports import free_ports
 
 logger = logging.getLogger(__name__)
 
@@ -514,20 +515,6 @@ class Federation:
             f"run {run_id} still {status} after {timeout:.0f} s; see "
             f"`flwr log {run_id} {connections.LOCAL_DEPLOYMENT} --show`"
         )
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (held open together so none repeats)."""
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def make_ports(regions: Sequence[str], superlink: int, mlflow: int) -> Ports:

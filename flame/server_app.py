@@ -31,6 +31,7 @@ from flame.errors import FederationError
 from flame.model import build_model
 from flame.records import number_list, scalar
 from flame.strategy import (
+    NODE_WAIT_SECONDS,
     FlameFedAvg,
     describe_node,
     destinations,
@@ -45,8 +46,7 @@ logger = logging.getLogger(__name__)
 
 app = ServerApp()
 
-# How long the server waits for `min-nodes` SuperNodes and for replies.
-NODE_WAIT_SECONDS = 300.0
+# How long the server waits for replies (node waits: strategy.NODE_WAIT_SECONDS).
 REPLY_TIMEOUT_SECONDS = 1800.0
 
 

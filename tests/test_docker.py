@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -32,6 +31,7 @@ import pytest
 
 from flame.certs import generate
 from flame.partition import partition_csv
+from flame.ports import free_ports
 from tests.conftest import REPO_ROOT, require_paysim
 
 pytestmark = pytest.mark.slow
@@ -180,12 +180,6 @@ def compose_command() -> list[str]:
     return []
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Federation:
     """One Compose project of the test: its command, environment and paths."""
@@ -268,12 +262,13 @@ def federation(
     for path in generate(certs, group_readable=True):
         os.chown(path, -1, CONTAINER_GID)
 
+    superlink_port, mlflow_port = free_ports(2)
     fed = Federation(
         compose=compose_command(),
         env={},
         project=f"flametest{os.getpid()}",
-        superlink_port=free_port(),
-        mlflow_port=free_port(),
+        superlink_port=superlink_port,
+        mlflow_port=mlflow_port,
         certs=certs,
     )
     fed.env = dict(
